@@ -150,3 +150,61 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.5, what: str
 def port_is_closed(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def fleet_config(path: Path, vm_url: str, extra: str = "", step: float = 5.0) -> Path:
+    """The node_exporter preset with a test-sized model and a short interval."""
+    from lstmad.config import preset_text
+
+    text = preset_text().replace("interval: 15s", f"interval: {step:g}s")
+    text = text.replace("url: http://127.0.0.1:8428", f"url: {vm_url}\n  query_delay: 2s")
+    text += (
+        "model:\n  window: 20\n  hidden: 16\n  layers: 2\n"
+        "training:\n  epochs: 4\n  max_windows: 4000\n  batch_size: 128\n"
+        "serve:\n  entity_grace: 10m\n" + extra
+    )
+    path.write_text(text)
+    return path
+
+
+class SharedFleet:
+    """A simulated fleet written into the session's VictoriaMetrics, with live samples."""
+
+    def __init__(self, spec: object, config: Path, model: Path) -> None:
+        self.spec = spec
+        self.config = config
+        self.model = model
+
+
+@pytest.fixture(scope="session")
+def shared_fleet(
+    victoriametrics: ManagedProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedFleet]:
+    """12 hosts, 6 h of history at 5 s, live samples, and one model trained on them via the CLI."""
+    import threading
+
+    from lstmad import simulate
+
+    root = tmp_path_factory.mktemp("shared-fleet")
+    now = time.time()
+    spec = simulate.FleetSpec(hosts=12, step=5.0, seed=11, prefix=f"fleet-{int(now) % 100000}")
+    simulate.import_to_vm(victoriametrics.url, simulate.generate_import_lines(spec, now - 6 * 3600, now))
+    stop = threading.Event()
+    live = threading.Thread(
+        target=simulate.run_live, args=(spec, victoriametrics.url), kwargs={"stop": stop, "since": now}
+    )
+    live.start()
+    try:
+        config = fleet_config(root / "lstmad.yml", victoriametrics.url)
+        model = root / "model"
+        train = subprocess.run(
+            [*LSTMAD, "train", "--config", str(config), "--start=-6h", "--model", str(model), "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert train.returncode == 0, train.stderr
+        yield SharedFleet(spec, config, model)
+    finally:
+        stop.set()
+        live.join(10)

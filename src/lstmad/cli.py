@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", help="end of the training range (default: now)")
     p.add_argument("--model", type=Path, help="model directory to write (default: model.path)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--exclude",
+        type=Path,
+        help="JSON file {entity: [[start, end], ...]} of periods to leave out (flagged anomalies)",
+    )
 
     p = sub.add_parser("serve", help="score continuously and expose /metrics")
     _config_args(p)
@@ -175,6 +180,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     with PromClient(cfg.victoriametrics) as client:
         frame = fetch_range(client, cfg.features, cfg.entity_label, start, end, step, require_data=True)
+    if args.exclude is not None:
+        _exclude_periods(frame.values, frame.entities, frame.timestamps, _read_exclude(args.exclude))
     series = [frame.values[i] for i in range(len(frame.entities))]
     log.info("training on %d entities x %d steps", len(series), frame.timestamps.size)
     detector = LSTMDetector(cfg.feature_names, cfg.model, cfg.threshold)
@@ -198,6 +205,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{detector.threshold.method}={detector.threshold.fitted_value:.4g}"
     )
     return 0
+
+
+def _read_exclude(path: Path) -> dict[str, list[list[float]]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read exclusions from {path}: {err}", "--exclude") from err
+    if not isinstance(data, dict) or not all(
+        isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 for p in v) for v in data.values()
+    ):
+        raise ConfigError(f"expected {{entity: [[start, end], ...]}} in {path}", "--exclude")
+    return data
+
+
+def _exclude_periods(
+    values: Any, entities: list[str], timestamps: Any, periods: dict[str, list[list[float]]]
+) -> None:
+    """Blank out (NaN) the excluded periods in place, so training skips them as gaps."""
+    index = {e: i for i, e in enumerate(entities)}
+    for entity, spans in periods.items():
+        row = index.get(entity)
+        if row is None:
+            continue
+        for start, end in spans:
+            values[row, (timestamps >= float(start)) & (timestamps <= float(end))] = float("nan")
 
 
 def _progress_factory(enabled: bool) -> Any:

@@ -106,6 +106,7 @@ class SourceConfig:
     max_points_per_series: int = 30000
     max_response_bytes: int = 512 * 1024 * 1024
     tenant: str | None = None
+    write_url: str | None = None
     username: str | None = None
     password: str | None = field(default=None, metadata=_SECRET)
     password_file: str | None = None
@@ -291,12 +292,14 @@ def _validate(cfg: Config) -> None:
         seen.add(feat.name)
         if not feat.query.strip():
             raise ConfigError("expected a PromQL query, found an empty string", f"features[{i}].query")
-    url = urlsplit(cfg.victoriametrics.url)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise ConfigError(
-            f"expected an http:// or https:// URL, found {cfg.victoriametrics.url!r}",
-            "victoriametrics.url",
-        )
+    for url_key, url_value in (("url", cfg.victoriametrics.url), ("write_url", cfg.victoriametrics.write_url)):
+        if url_value is None:
+            continue
+        url = urlsplit(url_value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(
+                f"expected an http:// or https:// URL, found {url_value!r}", f"victoriametrics.{url_key}"
+            )
     if not _FEATURE_NAME_RE.match(cfg.entity_label):
         raise ConfigError(f"expected a label name, found {cfg.entity_label!r}", "entity_label")
     if cfg.interval <= 0:

@@ -171,7 +171,11 @@ def write_scrape_config(path: Path, targets: dict[str, list[str]], interval: str
     """A promscrape config scraping each job's ``host:port`` targets."""
     lines = ["global:", f"  scrape_interval: {interval}", "scrape_configs:"]
     for job, addrs in targets.items():
-        lines += [f"  - job_name: {job}", "    static_configs:", "      - targets:"]
+        lines += [f"  - job_name: {job}"]
+        if job == "lstmad":
+            # Keep the scored host's instance label rather than lstmad's own address.
+            lines += ["    honor_labels: true"]
+        lines += ["    static_configs:", "      - targets:"]
         lines += [f"          - {a}" for a in addrs]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -19,6 +19,7 @@ from lstmad.artifact import LoadedModel
 from lstmad.config import Config, parse_listen
 from lstmad.service import Monitor, ScoringLoop, create_app
 from lstmad.source import PromClient
+from lstmad.writeback import VMWriter
 
 __all__ = ["build_service", "run_server"]
 
@@ -31,7 +32,11 @@ def build_service(cfg: Config, model: LoadedModel) -> tuple[ScoringLoop, Collect
     registry = CollectorRegistry(auto_describe=True)
     monitor = Monitor(registry)
     client = PromClient(cfg.victoriametrics, on_error=monitor.count_source_error)
-    loop = ScoringLoop(cfg, client, model, monitor)
+    writer = None
+    if cfg.serve.write_back:
+        vm = cfg.victoriametrics
+        writer = VMWriter(vm.write_url or vm.url, tenant=vm.tenant, client=client.http)
+    loop = ScoringLoop(cfg, client, model, monitor, writer=writer)
     app = create_app(loop, registry, cfg)
     return loop, registry, app
 

@@ -31,7 +31,8 @@ from lstmad.errors import SourceError
 from lstmad.exposition import EntityMetrics, render_entities
 from lstmad.sharding import ShardFilter
 from lstmad.source import SOURCE_ERROR_REASONS, PromClient, fetch_range
-from lstmad.streaming import StreamingEngine
+from lstmad.streaming import StepResult, StreamingEngine
+from lstmad.writeback import VMWriter, render_import_lines
 
 __all__ = ["Monitor", "ScoringLoop", "Snapshot", "create_app"]
 
@@ -204,6 +205,7 @@ class ScoringLoop:
         *,
         clock: Callable[[], float] = time.time,
         shard: ShardFilter | None = None,
+        writer: VMWriter | None = None,
     ) -> None:
         self.cfg = cfg
         self.client = client
@@ -217,6 +219,8 @@ class ScoringLoop:
         self.last_success = 0.0
         self.last_processed: float | None = None
         self.consecutive_failures = 0
+        self.writer = writer
+        self._periods: dict[str, list[list[float]]] = {}
         self._lock = threading.Lock()
         self.model: LoadedModel
         self.engine: StreamingEngine
@@ -292,6 +296,7 @@ class ScoringLoop:
             values = np.concatenate([values, np.full((len(tracked), *values.shape[1:]), np.nan)])
         rows = self.table.ensure(names, now)
         table = self.table
+        written: list[bytes] = []
         for t, ts in enumerate(frame.timestamps.tolist()):
             res = self.engine.step(names, values[:, t])
             has_data = ~np.isnan(values[:, t]).all(axis=1)
@@ -305,7 +310,17 @@ class ScoringLoop:
                 flagged = res.score[res.scored] > 1.0
                 table.anomalies_total[s] += flagged & ~table.anomalous[s]
                 table.anomalous[s] = flagged
+                if flagged.any():
+                    self._record_anomalies(names, np.flatnonzero(res.scored)[flagged], ts)
+                if self.writer is not None:
+                    written.append(self._writeback_lines(names, res, ts))
         self.last_processed = end
+        if written and self.writer is not None:
+            try:
+                self.writer.write(b"".join(written))
+            except SourceError as err:
+                self.monitor.count_source_error(err)
+                log.warning("write-back failed: %s", err)
         t2 = time.perf_counter()
         self.monitor.cycle_duration.labels("score").observe(t2 - t1)
         self._publish(now)
@@ -313,6 +328,40 @@ class ScoringLoop:
         self.monitor.cycles.labels("success").inc()
         self.last_success = now
         self.monitor.last_success.set(now)
+
+    def _record_anomalies(self, names: Sequence[str], which: np.ndarray, ts: float) -> None:
+        """Remember flagged periods per entity, so retraining can leave them out."""
+        for i in which.tolist():
+            periods = self._periods.setdefault(names[i], [])
+            if periods and ts - periods[-1][1] <= 2 * self.step:
+                periods[-1][1] = ts
+            else:
+                periods.append([ts, ts])
+
+    def anomalous_periods(self) -> dict[str, list[list[float]]]:
+        """Flagged ``[start, end]`` periods per entity within ``serve.fit_window``."""
+        horizon = self.clock() - self.cfg.serve.fit_window
+        with self._lock:
+            out = {}
+            for name, periods in list(self._periods.items()):
+                kept = [p for p in periods if p[1] >= horizon]
+                if kept:
+                    out[name] = [list(p) for p in kept]
+                    self._periods[name] = kept
+                else:
+                    del self._periods[name]
+            return out
+
+    def _writeback_lines(self, names: Sequence[str], res: StepResult, ts: float) -> bytes:
+        ok = np.flatnonzero(res.scored)
+        return render_import_lines(
+            self.cfg.entity_label,
+            [names[i] for i in ok.tolist()],
+            np.full(ok.size, ts),
+            res.score[ok],
+            res.error[ok],
+            self.engine.threshold,
+        )
 
     def _publish(self, now: float) -> None:
         table = self.table

@@ -258,6 +258,11 @@ class PromClient:
             follow_redirects=False,
         )
 
+    @property
+    def http(self) -> httpx.Client:
+        """The configured HTTP client (auth, TLS, timeouts), shared by write-back."""
+        return self._client
+
     def close(self) -> None:
         self._client.close()
 
