@@ -9,11 +9,13 @@ for real, is scored as soon as its window has filled.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -54,6 +56,18 @@ def _has_history(vm_url: str, prefix: str, history: float) -> bool:
         return False
 
 
+def _load_anomalies(workdir: Path) -> list[simulate.Anomaly]:
+    try:
+        data = json.loads((workdir / "anomalies.json").read_text())
+        return [simulate.Anomaly(**a) for a in data]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def _save_anomalies(workdir: Path, anomalies: tuple[simulate.Anomaly, ...]) -> None:
+    (workdir / "anomalies.json").write_text(json.dumps([asdict(a) for a in anomalies]))
+
+
 def run_demo(
     *,
     workdir: Path,
@@ -85,13 +99,19 @@ def run_demo(
     try:
         now = time.time()
         anomaly = simulate.Anomaly(
-            host=ANOMALY_HOST,
+            host=min(ANOMALY_HOST, hosts),
             start=now + ANOMALY_DELAY,
             end=now + ANOMALY_DELAY + ANOMALY_LENGTH,
             kind="cpu",
         )
         spec = simulate.FleetSpec(hosts=hosts, step=STEP, anomalies=(anomaly,))
-        if _has_history(vm.url, spec.prefix, history):
+        has_history = _has_history(vm.url, spec.prefix, history)
+        # Counters integrate every anomaly so far: a rerun keeps the earlier ones so that
+        # live samples continue the stored history without a jump.
+        earlier = _load_anomalies(workdir) if has_history else []
+        spec = simulate.FleetSpec(hosts=hosts, step=STEP, anomalies=(*earlier, anomaly))
+        _save_anomalies(workdir, spec.anomalies)
+        if has_history:
             log.info("VictoriaMetrics already holds demo history; not writing it again")
         else:
             log.info(
