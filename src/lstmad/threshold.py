@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lstmad.config import ThresholdConfig
-from lstmad.errors import DataError, ModelError, NotFittedError
+from lstmad.errors import ConfigError, DataError, ModelError, NotFittedError
 
 __all__ = [
     "DynamicThreshold",
@@ -143,7 +143,8 @@ class StaticThreshold(Threshold):
 
 def threshold_from_config(cfg: ThresholdConfig) -> Threshold:
     if cfg.method == "static":
-        assert cfg.value is not None  # validated by config
+        if cfg.value is None or cfg.value <= 0:
+            raise ConfigError(f"method static needs a positive value, found {cfg.value}", "threshold.value")
         return StaticThreshold(cfg.value)
     if cfg.method == "dynamic":
         return DynamicThreshold(z_max=cfg.z_max)
