@@ -198,7 +198,16 @@ def shared_fleet(
         config = fleet_config(root / "lstmad.yml", victoriametrics.url)
         model = root / "model"
         train = subprocess.run(
-            [*LSTMAD, "train", "--config", str(config), "--start=-6h", "--model", str(model), "--no-progress"],
+            [
+                *LSTMAD,
+                "train",
+                "--config",
+                str(config),
+                "--start=-6h",
+                "--model",
+                str(model),
+                "--no-progress",
+            ],
             capture_output=True,
             text=True,
             timeout=600,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from lstmad.artifact import load_model, save_model
 from lstmad.cli import _exclude_periods
-from lstmad.config import load_config, to_dict
+from lstmad.config import Feature, load_config, to_dict
 from lstmad.errors import ModelError
 from lstmad.retrain import Retrainer, validate_candidate
 from lstmad.service import Monitor, ScoringLoop
@@ -79,10 +80,8 @@ def test_failed_retraining_keeps_serving_the_last_good_model(
 ) -> None:
     loop = loops(shared_fleet)
     before = loop.model.model_id
-    broken = loop.cfg.__class__(
-        **{**loop.cfg.__dict__, "features": (loop.cfg.features[0].__class__("cpu_busy", "absent_metric_xyz"),)
-           + loop.cfg.features[1:]}
-    )  # fmt: skip
+    absent = Feature("cpu_busy", "absent_metric_xyz")
+    broken = dataclasses.replace(loop.cfg, features=(absent, *loop.cfg.features[1:]))
     outcome = Retrainer(broken, loop).retrain_once()
     assert outcome == "failure"
     assert loop.model.model_id == before

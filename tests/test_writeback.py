@@ -35,7 +35,9 @@ def test_render_import_lines_uses_data_timestamps_and_skips_unscored() -> None:
     assert len(score) == 1 and score[0].timestamp == 100.0 and score[0].value == 2.0
     assert score[0].labels == {"instance": "a", "job": "lstmad-writeback"}
     assert families["lstmad_anomaly"].samples[0].value == 1.0
-    assert render_import_lines("instance", ["a"], np.array([1.0]), np.array([np.nan]), np.array([1.0]), 1) == b""
+    assert (
+        render_import_lines("instance", ["a"], np.array([1.0]), np.array([np.nan]), np.array([1.0]), 1) == b""
+    )
 
 
 @pytest.mark.integration

@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("check", help="validate a config and print it with secrets masked")
     c.add_argument("file", type=Path, nargs="?", help="config file (default: the preset)")
 
+    from lstmad import backtest, bench
+
+    p = sub.add_parser("backtest", help="replay history through the detector and measure it")
+    backtest.add_arguments(p)
+    _config_args(p, vm=False)
+
+    p = sub.add_parser("bench", help="measure scoring, rendering, training and whole cycles")
+    bench.add_arguments(p)
     return parser
 
 
@@ -166,7 +174,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
     setup_logging(cfg.log_format, args.log_level)
     now = time.time()
-    end = _time_arg(args.end, now) or now
+    # The source hides its newest samples: stop where complete data ends.
+    end = _time_arg(args.end, now) or now - cfg.victoriametrics.query_delay
     start = _time_arg(args.start, now) or end - cfg.training.range
     step = cfg.interval
     end = (end // step) * step
@@ -308,6 +317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_config(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "backtest":
+            from lstmad import backtest
+
+            setup_logging(args.log_format or "text", args.log_level)
+            return backtest.run_from_args(args)
+        if args.command == "bench":
+            from lstmad import bench
+
+            setup_logging("text", "warning")
+            return bench.run_from_args(args)
     except (ConfigError, ModelError, DataError) as err:
         print(f"lstmad: error: {err}", file=sys.stderr)
         return 2

@@ -135,13 +135,13 @@ class TrainingConfig:
     """How ``lstmad train`` fits the model."""
 
     range: float = field(default=7 * 86400.0, metadata=_DURATION)
-    epochs: int = 20
+    epochs: int = 10
     batch_size: int = 256
     learning_rate: float = 0.002
     validation_split: float = 0.2
     seed: int = 42
     early_stopping_patience: int = 3
-    max_windows: int = 60000
+    max_windows: int = 10000
     threads: int = 0
 
 
@@ -150,10 +150,10 @@ class ThresholdConfig:
     """How the error threshold is chosen: learned (``quantile``/``dynamic``) or ``static``."""
 
     method: Literal["quantile", "dynamic", "static"] = "quantile"
-    quantile: float = 0.995
-    margin: float = 1.2
+    quantile: float = 0.99
+    margin: float = 1.0
     value: float | None = None
-    smoothing: int = 5
+    smoothing: int = 15
     z_max: float = 12.0
 
 
@@ -292,7 +292,10 @@ def _validate(cfg: Config) -> None:
         seen.add(feat.name)
         if not feat.query.strip():
             raise ConfigError("expected a PromQL query, found an empty string", f"features[{i}].query")
-    for url_key, url_value in (("url", cfg.victoriametrics.url), ("write_url", cfg.victoriametrics.write_url)):
+    for url_key, url_value in (
+        ("url", cfg.victoriametrics.url),
+        ("write_url", cfg.victoriametrics.write_url),
+    ):
         if url_value is None:
             continue
         url = urlsplit(url_value)

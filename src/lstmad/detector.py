@@ -7,8 +7,21 @@ Training (:meth:`LSTMDetector.fit`) is always the same pipeline:
 2. fit the standard scaler on the training parts only;
 3. train the forecaster on windows of the training parts, with early stopping
    on the validation parts;
-4. score the validation parts with the streaming engine that ``serve`` uses,
-   and fit the threshold on those (smoothed) errors.
+4. score the validation parts with the streaming engine that ``serve`` uses;
+5. normalise each feature's error by its mean on the validation parts (at least
+   :data:`ERROR_FLOOR`), so that every feature counts by how unusual its error
+   is, not by how hard it is to forecast;
+6. fit the threshold on the mean of those normalised, smoothed errors.
+
+Step 5 matters on real hosts: a feature that is nearly constant in training
+(a disk error counter, a rarely used interface) gets a tiny standard deviation,
+and its standard-scaled squared error can be thousands of times that of the
+other features even in normal operation, so the mean error, the threshold and
+every alert are about that one feature. The normalisation is folded into the
+saved model (see :meth:`LSTMDetector._normalise`): the scaler's scale and the
+network's first input and last output weights are rescaled so that the
+unchanged streaming engine computes normalised errors, and a model directory
+keeps its format.
 
 Scoring never touches HTTP or Flask: :meth:`new_engine` returns the streaming
 engine, :meth:`score` replays whole arrays through it.
@@ -39,9 +52,14 @@ from lstmad.streaming import StreamingEngine
 from lstmad.threshold import Threshold, threshold_from_config
 from lstmad.training import ProgressFactory, TrainingResult, no_progress, train_forecaster
 
-__all__ = ["LSTMDetector", "SeriesScores"]
+__all__ = ["ERROR_FLOOR", "LSTMDetector", "SeriesScores"]
 
 log = logging.getLogger(__name__)
+
+ERROR_FLOOR = 0.1
+"""Least per-feature validation error (smoothed squared error, standard-scaled units) that a
+feature's error is divided by: a feature forecast almost perfectly in validation (constant)
+must not turn the smallest later deviation into a huge normalised error."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,7 @@ class LSTMDetector:
         self.model: LSTMForecaster | None = None
         self.training: TrainingResult | None = None
         self.validation_errors: np.ndarray | None = None
+        self.error_weights: np.ndarray | None = None
 
     @property
     def window(self) -> int:
@@ -141,29 +160,59 @@ class LSTMDetector:
         self.training = train_forecaster(model, train_set, val_set, cfg, progress)
         self.model = model
 
-        # Fit the threshold on errors of data the network did not train on, scored
-        # exactly as serve scores it; fall back to training data if there is none.
+        # Normalise the features' errors and fit the threshold on errors of data the
+        # network did not train on, scored exactly as serve scores it; fall back to
+        # training data if there is none.
         raw_val = [s[max(k - w, 0) :] for s, k in zip(data, split, strict=True)]
-        errors = self._replay_errors(raw_val, skip=[min(w, k) for k in split])
-        if np.isfinite(errors).sum() < 10:
-            errors = self._replay_errors(data, skip=[0] * len(data))
+        feature_errors = self._replay_feature_errors(raw_val, skip=[min(w, k) for k in split])
+        if feature_errors.shape[0] < 10:
+            feature_errors = self._replay_feature_errors(data, skip=[0] * len(data))
+        errors = self._normalise(feature_errors).mean(axis=1)
         self.validation_errors = errors
         self.threshold = threshold_from_config(self.threshold_cfg).fit(errors)
         log.info("threshold %s = %.5g", self.threshold.method, self.threshold.fitted_value)
         return self
 
-    def _replay_errors(self, series: list[np.ndarray], skip: list[int]) -> np.ndarray:
-        """Smoothed errors of each series replayed through a fresh engine."""
+    def _replay_feature_errors(self, series: list[np.ndarray], skip: list[int]) -> np.ndarray:
+        """Smoothed per-feature errors, (scored rows, features), of series replayed through a fresh engine."""
         engine = self.new_engine(threshold=1.0)
         length = max(s.shape[0] for s in series)
         block = np.full((len(series), length, len(self.features)), np.nan)
         for i, s in enumerate(series):
             block[i, : s.shape[0]] = s
         names = [str(i) for i in range(len(series))]
-        errors = np.stack([r.error for r in engine.run(names, block)], axis=1)
+        errors = np.stack([r.feature_errors for r in engine.run(names, block)], axis=1)
         for i, k in enumerate(skip):
             errors[i, :k] = np.nan
-        return errors[np.isfinite(errors)]
+        errors = errors.reshape(-1, len(self.features))
+        return errors[np.isfinite(errors).all(axis=1)]
+
+    @torch.no_grad()
+    def _normalise(self, feature_errors: np.ndarray) -> np.ndarray:
+        """Divide each feature's error by its mean validation error, folded into the model.
+
+        With ``w`` the weights and ``r = sqrt(w)``: the scaler's scale becomes ``scale * r``,
+        so scaled inputs are ``x / r``; the first LSTM layer's input weights are multiplied
+        by ``r`` (the network sees what it was trained on) and the head's last layer is
+        divided by ``r`` (it forecasts ``x / r``). The streaming engine's squared error is
+        then ``(forecast - x)**2 / w`` with no change to the engine or the model format.
+        Returns ``feature_errors / w``.
+        """
+        model = self.model
+        if model is None or self.scaler.scale is None:
+            raise NotFittedError("LSTMDetector is not fitted: call fit() or load a model first")
+        weights = np.maximum(feature_errors.mean(axis=0), ERROR_FLOOR)
+        root = np.sqrt(weights)
+        self.scaler.scale = self.scaler.scale * root
+        r = torch.from_numpy(root.astype(np.float32))
+        first = model.lstm.weight_ih_l0
+        last = model.head[-1]
+        assert isinstance(first, torch.Tensor) and isinstance(last, torch.nn.Linear)
+        first.mul_(r[None, :])
+        last.weight.div_(r[:, None])
+        last.bias.div_(r)
+        self.error_weights = weights
+        return feature_errors / weights
 
     def _fitted(self) -> LSTMForecaster:
         if self.model is None or self.threshold.value is None:
@@ -219,4 +268,7 @@ class LSTMDetector:
             "validation_errors": int(self.validation_errors.size)
             if self.validation_errors is not None
             else 0,
+            "error_weights": dict(zip(self.features, self.error_weights.tolist(), strict=True))
+            if self.error_weights is not None
+            else {},
         }

@@ -44,6 +44,15 @@ class LSTMForecaster(nn.Module):
         out, new_state = self.lstm(x, state)
         return self.head(out), new_state
 
+    def forecast_last(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """The forecast after the last sample of ``x`` only, and the final LSTM state.
+
+        Equal to ``forward(x)[0][:, -1]`` without running the head over every
+        position: what recomputing a window needs.
+        """
+        out, new_state = self.lstm(x, state)
+        return self.head(out[:, -1]), new_state
+
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Advance every row by one sample: ``x`` is (batch, features)."""
         out, new_state = self.lstm(x.unsqueeze(1), state)

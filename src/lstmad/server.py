@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from lstmad.artifact import LoadedModel
 from lstmad.config import Config, parse_listen
+from lstmad.errors import ConfigError
 from lstmad.service import Monitor, ScoringLoop, create_app
 from lstmad.source import PromClient
 from lstmad.writeback import VMWriter
@@ -45,9 +46,19 @@ def make_server(cfg: Config, app: Any) -> wsgi.Server:
     host, port = parse_listen(cfg.serve.listen)
     server = wsgi.Server((host, port), app, numthreads=8, server_name="lstmad", timeout=10)
     if cfg.serve.tls_cert_file and cfg.serve.tls_key_file:
+        import ssl
+
         from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-        server.ssl_adapter = BuiltinSSLAdapter(cfg.serve.tls_cert_file, cfg.serve.tls_key_file)
+        try:
+            server.ssl_adapter = BuiltinSSLAdapter(cfg.serve.tls_cert_file, cfg.serve.tls_key_file)
+        except (OSError, ssl.SSLError, ValueError) as err:
+            reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+            raise ConfigError(
+                f"cannot load TLS certificate {cfg.serve.tls_cert_file} with key "
+                f"{cfg.serve.tls_key_file}: {reason}",
+                "serve.tls_cert_file",
+            ) from err
     return server
 
 

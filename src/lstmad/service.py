@@ -271,7 +271,6 @@ class ScoringLoop:
         resync = self.last_processed is None or end - self.last_processed > self.history_steps * step
         if resync:
             start = end - self.history_steps * step
-            self.engine = self.model.detector.new_engine(resync_every=self.cfg.serve.resync_every)
         else:
             assert self.last_processed is not None
             start = self.last_processed + step
@@ -294,13 +293,31 @@ class ScoringLoop:
         if tracked:
             names = names + tracked
             values = np.concatenate([values, np.full((len(tracked), *values.shape[1:]), np.nan)])
-        rows = self.table.ensure(names, now)
+        # Trailing steps where no entity has a complete sample are left for the next
+        # cycle instead of being consumed as missing: right after VictoriaMetrics
+        # restarts, or while a collector delivers its backlog, the newest data
+        # arrives late, and consuming the hole would reset every entity's window.
+        complete = (~np.isnan(values).any(axis=2)).any(axis=0) if values.size else np.zeros(0, bool)
+        usable = np.flatnonzero(complete)
+        n_steps = int(usable[-1]) + 1 if usable.size else 0
+        if n_steps == 0:
+            log.info("no complete sample between %.0f and %.0f yet; fetching it again next cycle", start, end)
+        if resync and n_steps:
+            self.engine = self.model.detector.new_engine(resync_every=self.cfg.serve.resync_every)
+            log.info(
+                "rebuilding streaming state from history: %d steps (%s)",
+                n_steps,
+                "start or new model"
+                if self.last_processed is None
+                else f"gap of {end - self.last_processed:.0f}s since the last processed sample",
+            )
+        rows = self.table.ensure(names, now) if n_steps else np.zeros(0, np.int64)
         table = self.table
         written: list[bytes] = []
-        for t, ts in enumerate(frame.timestamps.tolist()):
+        for t, ts in enumerate(frame.timestamps[:n_steps].tolist()):
             res = self.engine.step(names, values[:, t])
             has_data = ~np.isnan(values[:, t]).all(axis=1)
-            table.last_seen[rows[has_data]] = now if t == len(frame.timestamps) - 1 else ts
+            table.last_seen[rows[has_data]] = now if t == n_steps - 1 else ts
             s = rows[res.scored]
             if s.size:
                 table.score[s] = res.score[res.scored]
@@ -314,7 +331,8 @@ class ScoringLoop:
                     self._record_anomalies(names, np.flatnonzero(res.scored)[flagged], ts)
                 if self.writer is not None:
                     written.append(self._writeback_lines(names, res, ts))
-        self.last_processed = end
+        if n_steps:
+            self.last_processed = float(frame.timestamps[n_steps - 1])
         if written and self.writer is not None:
             try:
                 self.writer.write(b"".join(written))
@@ -370,7 +388,10 @@ class ScoringLoop:
             dropped = table.remove(gone)
             self.engine.drop(dropped)
             log.info("dropped %d entities without data for %.0fs", len(dropped), self.cfg.serve.entity_grace)
-        fresh = (now - table.last_scored <= self.stale_after + self.step) & ~np.isnan(table.score)
+        # Measured from the newest sample the source shows, not from now: with a
+        # query_delay of several intervals, every entity would otherwise look stale.
+        visible = now - self.cfg.victoriametrics.query_delay
+        fresh = (visible - table.last_scored <= self.stale_after + self.step) & ~np.isnan(table.score)
         # Nothing stale stays flagged: an entity without fresh data is exported as stale.
         table.anomalous &= fresh
         metrics = EntityMetrics(
@@ -386,7 +407,8 @@ class ScoringLoop:
         )
         body = render_entities(metrics, self.cfg.entity_label, self.cfg.serve.feature_errors_top_k)
         self.monitor.entities.set(int(fresh.sum()))
-        self.monitor.stale_entities.set(int((~fresh).sum()))
+        # Stale: no data lately. Entities that have data but no full window yet are warming up.
+        self.monitor.stale_entities.set(int((now - table.last_seen > self.stale_after + self.step).sum()))
         anomalous = tuple(n for n, a in zip(table.names, table.anomalous, strict=True) if a)
         self.snapshot = Snapshot(now, body, len(table.names), anomalous)
 
@@ -441,13 +463,13 @@ def create_app(loop: ScoringLoop, registry: CollectorRegistry, cfg: Config) -> F
     """The WSGI app: ``/metrics``, ``/healthz`` (alive) and ``/readyz`` (scoring works)."""
     app = Flask(__name__)
     authorised = _authorised(cfg)
+    scheme = "Basic" if cfg.serve.basic_auth_username is not None else "Bearer"
+    challenge = {"WWW-Authenticate": f'{scheme} realm="lstmad"'}
 
     @app.get("/metrics")
     def metrics() -> Response:
         if not authorised():
-            return Response(
-                "unauthorised\n", 401, {"WWW-Authenticate": 'Basic realm="lstmad"'}, mimetype="text/plain"
-            )
+            return Response("unauthorised\n", 401, challenge, mimetype="text/plain")
         body = generate_latest(registry) + loop.snapshot.body
         return Response(body, 200, content_type=CONTENT_TYPE)
 

@@ -1,6 +1,13 @@
 """Optimisation of the forecaster: seeding, threads, batches, early stopping.
 
 The network and the data are given; this module owns the training loop only.
+
+Threads: ``training.threads: 0`` (the default) trains on one thread. Each time
+step of a small LSTM is a matrix product of a few hundred kFLOP, too small for
+intra-op parallelism to pay for the synchronisation of the threads at every
+step; ``lstmad bench`` measures this (``train_windows_per_second_by_threads``),
+and on a machine where other processes compete for the cores, more threads
+are several times slower, not faster. A positive value is used as given.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from lstmad.config import TrainingConfig
 from lstmad.model import LSTMForecaster
 from lstmad.preprocessing import WindowSet
 
-__all__ = ["TrainingResult", "seed_everything", "train_forecaster"]
+__all__ = ["TrainingResult", "seed_everything", "train_forecaster", "training_threads"]
 
 log = logging.getLogger(__name__)
 ProgressFactory = Callable[[int, str], "ProgressBar"]
@@ -55,6 +62,11 @@ class TrainingResult:
 def seed_everything(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def training_threads(cfg: TrainingConfig) -> int:
+    """The intra-op threads training uses: ``cfg.threads``, or 1 when it is 0 (see the module doc)."""
+    return cfg.threads if cfg.threads > 0 else 1
 
 
 def _warmup(window: int) -> int:
@@ -97,9 +109,22 @@ def train_forecaster(
     stops when the validation loss has not improved for
     ``cfg.early_stopping_patience`` epochs, and the best weights are kept.
     """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(training_threads(cfg))
+    try:
+        return _train(model, train, val, cfg, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    model: LSTMForecaster,
+    train: WindowSet,
+    val: WindowSet | None,
+    cfg: TrainingConfig,
+    progress: ProgressFactory,
+) -> TrainingResult:
     rng = seed_everything(cfg.seed)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     loss_fn = nn.MSELoss()
     result = TrainingResult()
