@@ -14,29 +14,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lstmad import simulate
-from lstmad.config import preset_text
 from lstmad.localstack import ManagedProcess
 
-from .conftest import LSTMAD, wait_for
+from .conftest import LSTMAD, fleet_config, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STEP = 5.0
 HOSTS = 4
 ANOMALOUS = 2
-
-
-def write_config(path: Path, vm_url: str, extra: str = "") -> Path:
-    """The node_exporter preset with a test-sized model and a 5 s interval."""
-    text = preset_text().replace("interval: 15s", f"interval: {STEP:g}s")
-    text = text.replace("url: http://127.0.0.1:8428", f"url: {vm_url}\n  query_delay: 2s")
-    text += (
-        "model:\n  window: 20\n  hidden: 16\n  layers: 2\n"
-        "training:\n  epochs: 4\n  max_windows: 4000\n  batch_size: 128\n"
-        "serve:\n  entity_grace: 10m\n" + extra
-    )
-    path.write_text(text)
-    return path
 
 
 def samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -78,7 +64,7 @@ def fleet(victoriametrics: ManagedProcess, request: pytest.FixtureRequest) -> It
 def test_injected_anomaly_flags_only_its_host(
     fleet: simulate.FleetSpec, victoriametrics: ManagedProcess, tmp_path: Path, serve_process: type
 ) -> None:
-    cfg = write_config(tmp_path / "lstmad.yml", victoriametrics.url)
+    cfg = fleet_config(tmp_path / "lstmad.yml", victoriametrics.url)
     model = tmp_path / "model"
     train = subprocess.run(
         [*LSTMAD, "train", "--config", str(cfg), "--start=-6h", "--end=-5m",
@@ -130,7 +116,7 @@ def test_injected_anomaly_flags_only_its_host(
 def test_serve_refuses_model_for_other_features(
     victoriametrics: ManagedProcess, tmp_path: Path, fleet: simulate.FleetSpec
 ) -> None:
-    cfg = write_config(tmp_path / "a.yml", victoriametrics.url)
+    cfg = fleet_config(tmp_path / "a.yml", victoriametrics.url)
     model = tmp_path / "model"
     train = subprocess.run(
         [*LSTMAD, "train", "--config", str(cfg), "--start=-1h", "--model", str(model), "--no-progress"],

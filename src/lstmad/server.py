@@ -26,6 +26,9 @@ __all__ = ["build_service", "run_server"]
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0
+# cheroot binds a thread to each open (keep-alive) connection: enough for a few scrapers
+# and load balancers' health checks without queueing them behind each other.
+HTTP_THREADS = 32
 
 
 def build_service(cfg: Config, model: LoadedModel) -> tuple[ScoringLoop, CollectorRegistry, Any]:
@@ -44,7 +47,7 @@ def build_service(cfg: Config, model: LoadedModel) -> tuple[ScoringLoop, Collect
 
 def make_server(cfg: Config, app: Any) -> wsgi.Server:
     host, port = parse_listen(cfg.serve.listen)
-    server = wsgi.Server((host, port), app, numthreads=8, server_name="lstmad", timeout=10)
+    server = wsgi.Server((host, port), app, numthreads=HTTP_THREADS, server_name="lstmad", timeout=10)
     if cfg.serve.tls_cert_file and cfg.serve.tls_key_file:
         import ssl
 

@@ -289,7 +289,8 @@ class ScoringLoop:
         mine = [self.shard.owns(e) for e in frame.entities]
         names = [e for e, m in zip(frame.entities, mine, strict=True) if m]
         values = frame.values[np.flatnonzero(mine)] if names else frame.values[:0]
-        tracked = [n for n in self.table.names if n not in set(names)]
+        fetched = set(names)
+        tracked = [n for n in self.table.names if n not in fetched]
         if tracked:
             names = names + tracked
             values = np.concatenate([values, np.full((len(tracked), *values.shape[1:]), np.nan)])
