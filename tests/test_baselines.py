@@ -227,3 +227,13 @@ def test_lstm_normalises_each_feature_error_by_its_validation_error(tmp_path: Pa
     test = values[:300].copy()
     test[200:210, 1] += 1e-3
     np.testing.assert_allclose(loaded.score(test).score, det.score(test).score, rtol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["lstm", "pca", "zscore"])
+def test_rows_after_a_bridged_gap_are_not_scored_like_the_engine(name: str) -> None:
+    det = make_detector(name, FEATURES, MODEL).fit([series(400, 0)], TRAINING)
+    values = series(120, 3)
+    values[60:62] = np.nan  # two bridged rows: they and the next three real rows are not scored
+    out = det.score(values)
+    assert np.isnan(out.score[60:65]).all() and np.isfinite(out.score[65:]).all()
+    assert np.isfinite(out.score[59])

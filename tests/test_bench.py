@@ -135,4 +135,6 @@ def test_superlinear_stages_are_named_with_their_growth() -> None:
         return {"hosts": hosts, "cycles": 20, "stage_median_seconds": stages}
 
     notes = bench._superlinear([run(100, 0.01), run(1000, 0.1), run(10000, 10.0)])
-    assert len(notes) == 1 and notes[0].startswith("`score` grows 100x from 1,000 to 10,000 hosts")
+    assert len(notes) == 1
+    stage, text = notes[0]
+    assert stage == "score" and text.startswith("`score` grows 100x from 1,000 to 10,000 hosts")

@@ -14,8 +14,8 @@ every baseline here runs in the same harness as :class:`lstmad.detector.LSTMDete
   score above 1 is anomalous exactly as for the LSTM.
 
 Missing values follow the streaming engine: gaps of at most ``model.max_gap_steps`` rows
-are bridged with the last value and not scored, longer gaps restart the smoothing, and a
-missing row is never flagged.
+are bridged with the last value and not scored (nor are the k + 1 real rows after k bridged
+ones), longer gaps restart the smoothing, and a missing row is never flagged.
 
 The baselines:
 
@@ -100,6 +100,25 @@ def _ewma_rows(errors: np.ndarray, alpha: float, scored: np.ndarray, reset: np.n
             x = errors[i]
             acc = np.where(np.isnan(acc), x, alpha * x + (1.0 - alpha) * acc)
             out[i] = acc
+    return out
+
+
+def _after_bridged_gaps(missing: np.ndarray, broken: np.ndarray) -> np.ndarray:
+    """Rows the streaming engine leaves unscored after a bridge: k + 1 real rows after k bridged ones."""
+    out = np.zeros(missing.shape[0], dtype=bool)
+    gap = cool = 0
+    for i in range(missing.shape[0]):
+        if missing[i]:
+            if broken[i]:
+                gap = cool = 0  # a gap too long to bridge resets the entity
+            else:
+                gap += 1
+            continue
+        if gap:
+            cool, gap = gap + 1, 0
+        if cool:
+            out[i] = True
+            cool -= 1
     return out
 
 
@@ -202,7 +221,7 @@ class BaselineDetector:
         bridged = bridge_gaps(values, self.model_cfg.max_gap_steps)
         broken = np.isnan(bridged).any(axis=1)
         raw = self._raw_errors(self.scaler.transform(bridged).astype(np.float64))
-        scored = ~missing & np.isfinite(raw).all(axis=1)
+        scored = ~missing & ~_after_bridged_gaps(missing, broken) & np.isfinite(raw).all(axis=1)
         span = self.threshold_cfg.smoothing if self.smoothed else 1
         smooth = _ewma_rows(raw, 2.0 / (span + 1.0), scored, broken)
         raw_row = np.where(scored, raw.mean(axis=1), np.nan)

@@ -113,7 +113,7 @@ class Frame:
     dropped_series: int = 0
 
 
-def _to_float_array(raw: list[Any] | tuple[Any, ...]) -> np.ndarray:
+def _to_float_array(raw: list[Any]) -> np.ndarray:
     try:
         out = np.array(raw, dtype=np.float64)
     except (TypeError, ValueError) as err:
