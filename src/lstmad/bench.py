@@ -987,10 +987,10 @@ def _superlinear(scaling: list[dict[str, Any]]) -> list[tuple[str, str]]:
 WHY = {
     "score": (
         "`score` is the streaming step and the loop's bookkeeping around it. The step, the ring buffers "
-        "and the table updates are linear in the hosts. What is not, in the code measured here, is "
-        "`ScoringLoop._cycle` building `tracked = [n for n in self.table.names if n not in set(names)]`: "
-        "the set of all names is rebuilt once for every tracked host, so that line is quadratic in the "
-        "fleet. Building the set once, before the comprehension, makes it linear."
+        "and the table updates are linear in the hosts, so growth beyond that comes from the loop's "
+        "per-cycle bookkeeping: look for a comprehension over all entities that does work per entity "
+        "proportional to the fleet (an earlier `ScoringLoop._cycle` rebuilt `set(names)` once for "
+        "every tracked host, which made this stage quadratic)."
     ),
     "http": (
         "`http` is VictoriaMetrics evaluating the eight queries (each selects every series of its metric "
@@ -1128,7 +1128,8 @@ def render_page(results: dict[str, Any], command: str) -> str:
         "## How it is measured",
         "",
         "- Medians over the stated number of repetitions; p99 interpolated (with 20 cycles it is close "
-        "to the maximum). Peak RSS is the kernel's high-water mark of the process (`ru_maxrss`/`VmHWM`).",
+        "to the maximum). Peak RSS is the kernel's high-water mark of the process's memory (`VmHWM`, "
+        "which starts again when a process `exec`s, unlike `ru_maxrss`).",
         "- End to end: the cycle worker is a child process that builds the service with "
         "`lstmad.server.build_service` (the same wiring as `serve`), loads the model directory with "
         "`load_model` and replaces the loop's clock, so each cycle sees exactly one new grid point. "
